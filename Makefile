@@ -1,0 +1,52 @@
+# umc_nb: two commands do everything on a fresh machine.
+#   make demo   runs the curation demo on the built-in benchmark
+#   make test   runs every test (notebooks through nbdev-test, then pytest tests/)
+# Both create (or reuse) the project virtualenv .venv and install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+# Extra flags for `python -m venv`, e.g. VENV_FLAGS=--system-site-packages to reuse a torch you already have.
+VENV_FLAGS ?=
+# Installed only when the environment has no torch yet: the CPU wheel (an open range would pull a CUDA build).
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.umc-installed
+ARGS ?=
+
+.PHONY: setup demo test test-fast test-slow bench sync-check help
+
+help:
+	@echo "make demo   - run the curation demo on the built-in benchmark (ARGS='--rounds 3 ...')"
+	@echo "make test   - run every test: notebooks (nbdev-test), then pytest tests/"
+	@echo "make setup  - create/refresh $(VENV) and install umc_nb with its [$(EXTRAS)] extras"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || \
+	  { echo "umc_nb needs Python >= 3.10; run e.g. 'make PYTHON=python3.11 ...'"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -c 'import torch' 2>/dev/null && echo "keeping the installed torch" || \
+	  $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/umc demo $(ARGS)
+
+test: setup
+	$(BIN)/nbdev-test nbs
+	$(BIN)/python -m pytest -q tests
+
+test-slow: setup
+	$(BIN)/nbdev-test nbs --flags slow
+	UMC_SLOW=1 $(BIN)/python -m pytest -q tests
+
+# Fails when nbdev-export or nbdev-clean would change a committed file.
+sync-check: setup
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+	@if [ -n "$$(git status --porcelain)" ]; then \
+	  echo "Notebooks and modules are out of sync (or notebooks are not clean):"; git status --porcelain; \
+	  git --no-pager diff --stat; exit 1; fi
