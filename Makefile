@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.umc-installed
 ARGS ?=
 
-.PHONY: setup demo test test-fast test-slow bench sync-check help
+.PHONY: setup demo test test-slow sync-check readme help
 
 help:
 	@echo "make demo   - run the curation demo on the built-in benchmark (ARGS='--rounds 3 ...')"
@@ -50,3 +50,7 @@ sync-check: setup
 	@if [ -n "$$(git status --porcelain)" ]; then \
 	  echo "Notebooks and modules are out of sync (or notebooks are not clean):"; git status --porcelain; \
 	  git --no-pager diff --stat; exit 1; fi
+
+# README.md is generated from nbs/index.ipynb (executed), without Quarto.
+readme: setup
+	$(BIN)/jupyter nbconvert --to markdown --execute nbs/index.ipynb --output-dir . --output README
