@@ -187,3 +187,24 @@ def test_share_of_best_arm_rises_over_seeds():
     for fixed in ['size', 'uniform', 'uncertainty']:
         assert df.loc['thompson', 'cumulative_regret'] < df.loc[fixed, 'cumulative_regret']
         assert df.loc['linear-thompson', 'cumulative_regret'] < df.loc[fixed, 'cumulative_regret']
+
+
+def test_with_routing_output():
+    "The allocators take the clusters frame of umc_nb.route as it is; member matching links round 2 to round 1."
+    route_mod = pytest.importorskip('umc_nb.route')
+    import warnings
+    pool = route_mod.blob_pool(600, seed=0)
+    rng = np.random.default_rng(0); scores = rng.random(len(pool))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        r1 = route_mod.route(pool, scores, 30, round=1, embedder='pca', random_state=0)
+        scores[rng.choice(len(pool), 50, replace=False)] = 0
+        r2 = route_mod.route(pool, scores, 30, round=2, embedder='pca', random_state=0)
+    for name in NAMES:
+        al = allocators.create(name, random_state=0)
+        a = al.allocate(r1.clusters, 30)
+        assert a.sum() == 30 and (a.to_numpy() <= r1.clusters['size'].to_numpy()).all()
+        al.update(a.index[a > 0], np.full(int((a > 0).sum()), 0.5), counts=a[a > 0])
+        assert al.allocate(r2.clusters, 30).sum() == 30
+        assert allocator_from_json(al.to_json()).get_params() == al.get_params()
+        if name == 'thompson': assert len(al.links_) >= len(r2.clusters) // 2
