@@ -12,7 +12,8 @@ from umc_nb.core import (UMCError, InvalidProbabilitiesError, ShapeError, EmptyI
 from umc_nb.metrics import (InvalidValuesError, accuracy, macro_f1, f1_per_class, domain_scores, worst_domain,
                             domain_coverage, expected_calibration_error, classwise_ece, reliability_table,
                             reliability_chart, ood_auroc, aulc, labels_to_target, labels_to_fraction,
-                            annotation_efficiency_gain, seed_summary, summarize_over_seeds, compare_strategies, _holm)
+                            annotation_efficiency_gain, seed_summary, summarize_over_seeds, compare_strategies, _holm,
+                            curve_metrics)
 
 settings.register_profile('umc_metrics', deadline=None, max_examples=50, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile('umc_metrics')
@@ -313,3 +314,29 @@ def test_reliability_chart_renders_png():
     for ch in (reliability_chart(tab, title='t'), reliability_chart(reliability_table(y, p, 8))):
         png = vlc.vegalite_to_png(ch.to_dict())
         assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 2000
+
+# ---------------------------------------------------------------- curve tables
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.floats(1.2, 3))
+def test_curve_metrics_per_seed(seed, n_seeds, k):
+    "A baseline needing k times the labels on every seed gives AEG 1 - 1/k on every seed."
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_seeds):
+        x = np.cumsum(rng.integers(5, 20, 8)).astype(float)
+        y = np.linspace(0.3, 0.9, 8) + rng.uniform(0, 0.01, 8)
+        y = np.maximum.accumulate(y)
+        rows += [dict(strategy='umc', seed=s, labels=a, accuracy=b) for a, b in zip(x, y)]
+        rows += [dict(strategy='random', seed=s, labels=k * a, accuracy=b) for a, b in zip(x, y)]
+    cm = curve_metrics(pd.DataFrame(rows), reference=0.6 / 0.95, baseline='random')
+    assert len(cm) == 2 * n_seeds and {'aulc', 'labels_to_95', 'final_accuracy', 'aeg'} <= set(cm.columns)
+    np.testing.assert_allclose(cm[cm.strategy == 'umc'].aeg, 1 - 1 / k, atol=1e-9)
+    np.testing.assert_allclose(cm[cm.strategy == 'random'].aeg, 0, atol=1e-12)
+    assert (cm.aulc_lo == cm.aulc_lo.iloc[0]).all()
+
+def test_curve_metrics_bad_input():
+    cv = pd.DataFrame(dict(strategy=['a', 'a'], seed=[0, 0], labels=[1, 2], accuracy=[.5, .6]))
+    with pytest.raises(UnknownNameError, match="no column 'acc'"): curve_metrics(cv, 0.9, score='acc')
+    with pytest.raises(EmptyInputError): curve_metrics(cv.iloc[:0], 0.9)
+    with pytest.raises(UnknownNameError, match='no curve for baseline'): curve_metrics(cv, 0.9, baseline='b')
+    two = pd.concat([cv, cv.assign(strategy='b', labels=[5, 6])])
+    with pytest.raises(ParameterError, match='no extrapolation'): curve_metrics(two, 0.9)   # ranges do not overlap
