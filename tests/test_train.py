@@ -77,7 +77,7 @@ def test_save_load_round_trip(data, tmp_path):
     back = Trained.load(tmp_path / 'm')
     np.testing.assert_array_equal(back.predict_proba(pool), tr.predict_proba(pool))
     assert back.config == tr.config and back.history == tr.history
-    assert [m.name for m in back.as_members()] == ['F@2/a/t3', 'F@2/b/t2']
+    assert [m.name for m in back.as_members()] == ['F/a/t3', 'F/b/t2'] and back.version == 2
     X = pool.X('a', pool.rows('a')[:7])
     np.testing.assert_array_equal(back.as_members()[0].predict_proba(X), tr.as_members()[0].predict_proba(X))
 
@@ -223,3 +223,13 @@ def test_bad_input(data):
     with pytest.raises(InvalidProbabilitiesError): train_model(pool, idx, y[idx], bad)
     off = np.zeros((len(idx), 5), np.float32); off[:, 3] = 1          # all mass on t2 for every item
     with pytest.raises(InvalidProbabilitiesError, match='no mass on its task'): train_model(pool, idx, y[idx], off)
+
+
+def test_members_only_where_f_saw_labels(data):
+    pool, y, idx, soft = data
+    a = np.flatnonzero(pool.space == 'a')[:40]
+    tr = train_model(pool, a, y[a], lam=1.0, seed=0, **KW)
+    assert [(m.space, m.task) for m in tr.as_members()] == [('a', 't3')]
+    assert [m.name for m in tr.as_members(pairs=[('b', 't2')])] == ['F/b/t2']
+    assert tr.as_members()[0].classes_ == ['t3:p', 't3:q', 't3:r']
+    with pytest.raises(ShapeError, match=r'\(n, 5\)'): tr.as_members()[0].predict_proba(np.zeros((2, 3), np.float32))
