@@ -127,12 +127,13 @@ def test_damaged_specialists_are_retrained(tmp_path, how):
     sp = D.assemble(src, cfg)
     S._memory.clear()
     first = S.get_specialists(*sp['seed'], cfg, cache=tmp_path, progress=False)
-    dirs = sorted((tmp_path / D.CACHE_VERSION / 'specialists').iterdir())
-    assert len(dirs) == 2
-    d = dirs[0]
-    if how == 'json': (d / 'members.json').write_text('{"members": [{"kind": "lr"')
-    elif how == 'weights': (d / 'members.safetensors').write_bytes(b'\x00' * 10)
-    else: (d / 'members.safetensors').unlink()
+    stems = sorted(f.with_suffix('') for f in (tmp_path / D.CACHE_VERSION / 'specialists').glob('*.json'))
+    assert len(stems) == 2
+    d = stems[0]
+    js, st_ = d.with_name(d.name + '.json'), d.with_name(d.name + '.safetensors')
+    if how == 'json': js.write_text('{"members": [{"kind": "lr"')
+    elif how == 'weights': st_.write_bytes(b'\x00' * 10)
+    else: st_.unlink()
     S._memory.clear()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
