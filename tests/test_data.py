@@ -239,3 +239,17 @@ def test_full_benchmark_from_cache():
     b = D.load_benchmark()
     assert len(b.pool) == 6000 and len(b.domains) == 8
     assert (b.domains.n_test == 200).all() and b.domains.set_index('name').n_pool['breast'] == 180
+
+
+def test_missing_source_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, '_roots', lambda cache: [tmp_path / 'nothing-here'])
+    with pytest.raises(D.DataSourceError, match=r"2 source\(s\) missing: wordnet, dna\. To fix: apt-get install r-cran-mlbench; "
+                                                 r"apt-get install wordnet-base"):
+        D.load_benchmark(domains=['wordnet', 'dna', 'breast'], unseen=None, cache=tmp_path, fetch=False, specialists=False,
+                         pool_size=100, test_size=10, seed_size=10)
+    status = {}
+    with pytest.raises(D.DataSourceError):
+        D.load_benchmark(domains=['landsat', 'breast'], unseen=None, cache=tmp_path, fetch=False, specialists=False,
+                         pool_size=100, test_size=10, seed_size=10, status=status)
+    assert status['landsat'].startswith('MISSING') and 'apt-get install r-cran-mlbench' in status['landsat']
+    assert not status['breast'].startswith('MISSING')      # the other sources are still prepared
