@@ -8,7 +8,7 @@ VENV ?= .venv
 VENV_FLAGS ?=
 # Installed only when the environment has no torch yet: the CPU wheel (an open range would pull a CUDA build).
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,text
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.umc-installed
 ARGS ?=
@@ -32,7 +32,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
+# The built-in benchmark's data comes from Debian packages (`apt-get download`, no install): as root on a machine whose
+# package lists were never fetched, fetch them first. `umc demo` prepares the data cache on first use (a few minutes).
 demo: setup
+	@if [ "$$(id -u)" = 0 ] && [ -z "$$(ls /var/lib/apt/lists/ 2>/dev/null | grep _Packages | head -1)" ]; then \
+	  echo "fetching the Debian package lists (apt-get update) ..."; apt-get update -qq || true; fi
 	$(BIN)/umc demo $(ARGS)
 
 test: setup
