@@ -38,6 +38,7 @@ def test_demo_killed_twice_then_resumed(tmp_path):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         t0 = time.time()
         while _labels(db) < kill_after and p.poll() is None and time.time() - t0 < 600: time.sleep(0.05)
+        assert p.poll() is None, f"umc demo ended by itself (exit {p.returncode}) before it could be killed"
         os.killpg(p.pid, signal.SIGKILL); p.wait()
     assert 0 < _labels(db) < rounds * budget
     r = _demo(out, '--rounds', str(rounds), '--budget', str(budget), '--json')
