@@ -179,3 +179,11 @@ def test_umap_determinism_and_sampling():
     pd.testing.assert_frame_equal(a.clusters.drop(columns='centroid'), b.clusters.drop(columns='centroid'))
     assert a.fit_sample == {'a': 60, 'b': 60}
     assert sorted(np.concatenate(a.clusters.members.tolist()).tolist()) == a.candidates.tolist()
+
+
+def test_max_candidates_keeps_the_highest():
+    S = np.arange(100, dtype=float) % 37
+    cand, tau = select_candidates(S, 5, rule='quantile', q=0.5, max_candidates=10)
+    assert len(cand) == 10 and S[cand].min() >= np.sort(S)[-10]
+    cand, _ = select_candidates(S, 20, rule='quantile', q=0.5, max_candidates=10)   # never below the budget
+    assert len(cand) == 20
