@@ -8,7 +8,7 @@ VENV ?= .venv
 VENV_FLAGS ?=
 # Installed only when the environment has no torch yet: the CPU wheel (an open range would pull a CUDA build).
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,text
+EXTRAS ?= dev,text,peers
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.umc-installed
 ARGS ?=
