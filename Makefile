@@ -58,3 +58,4 @@ sync-check: setup
 # README.md is generated from nbs/index.ipynb (executed), without Quarto.
 readme: setup
 	$(BIN)/jupyter nbconvert --to markdown --execute nbs/index.ipynb --output-dir . --output README
+	sed -i 's#](images/#](nbs/images/#g' README.md
