@@ -13,11 +13,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.umc-installed
 ARGS ?=
 
-.PHONY: setup demo test test-slow sync-check readme help
+.PHONY: setup demo test test-slow sync-check readme docs help
 
 help:
 	@echo "make demo   - run the curation demo on the built-in benchmark (ARGS='--rounds 3 ...')"
 	@echo "make test   - run every test: notebooks (nbdev-test), then pytest tests/"
+	@echo "make docs   - build the documentation site offline into _docs/ (fails on a cell error or a broken chart)"
 	@echo "make setup  - create/refresh $(VENV) and install umc_nb with its [$(EXTRAS)] extras"
 
 setup: $(STAMP)
@@ -59,3 +60,9 @@ sync-check: setup
 readme: setup
 	$(BIN)/jupyter nbconvert --to markdown --execute nbs/index.ipynb --output-dir . --output README
 	sed -i 's#](images/#](nbs/images/#g' README.md
+
+# The docs site, offline (no Quarto): executes every notebook (#| slow cells skipped), renders _docs/ with charts as
+# inline SVG; fails on a missing page, a cell that raises, a chart that does not render, or a CDN load.
+# nbdev-docs still works where Quarto is installed.
+docs: setup
+	$(BIN)/python -m umc_nb.docs --workers 2
