@@ -46,10 +46,16 @@ def test_routing_properties(case):
     rt = _route(pool, S, labelled, budget, opts)
     cl = rt.clusters
     assert list(cl.columns) == CLUSTER_COLUMNS
+    assert set(cl['kind']) <= {'uncertain', 'explore'}
+    unc, exp = cl[cl['kind'] == 'uncertain'], cl[cl['kind'] == 'explore']
     members = np.concatenate(cl.members.tolist())
-    # a partition of the candidates: every candidate in exactly one cluster
-    assert len(members) == len(set(members.tolist())) == len(rt.candidates)
-    assert set(members.tolist()) == set(rt.candidates.tolist()) == set(rt.assignment.index)
+    # the uncertain arms partition the candidates; explore arms hold other unlabelled samples, one arm per space at most,
+    # only in spaces without a candidate (the default 'fallback'); no sample is in two arms
+    um = np.concatenate(unc.members.tolist()) if len(unc) else np.zeros(0, int)
+    assert len(um) == len(set(um.tolist())) == len(rt.candidates) and set(um.tolist()) == set(rt.candidates.tolist())
+    assert len(members) == len(set(members.tolist())) and set(members.tolist()) == set(rt.assignment.index)
+    assert exp.space.is_unique and not set(exp.space) & set(pool.space[rt.candidates])
+    for m in exp.members: assert 1 <= len(m) <= budget
     assert (cl['size'] == cl.members.map(len)).all() and (cl['size'] >= 1).all()
     for arm, m in zip(cl.arm, cl.members): assert (rt.assignment.loc[m] == arm).all()
     # labelled samples are never routed; enough candidates for the budget
@@ -58,7 +64,7 @@ def test_routing_properties(case):
     # clusters stay within one feature space; members are sorted by score, highest first
     for sp, m in zip(cl.space, cl.members):
         assert set(pool.space[m]) == {sp}
-        assert (np.diff(S[m]) <= 0).all()
+    for m in unc.members: assert (np.diff(S[m]) <= 0).all()
     assert cl.arm.is_unique
     assert ((cl.affinity >= 0) & (cl.affinity <= 1) & (cl.novelty >= 0) & (cl.novelty <= 1)).all()
     np.testing.assert_allclose(cl.mean_score, [S[m].mean() for m in cl.members])
@@ -126,10 +132,12 @@ def test_k_clipped_and_one_member_clusters():
     rt = route(pool, S, 3, embedder='pca', tau=0.5, k=1, merge_singletons=True)
     assert rt.clusters['size'].tolist() == [1, 1, 1]    # different spaces: never merged across spaces
     S2 = np.zeros(len(pool)); S2[[0, 3]] = 1            # two candidates in space a
-    rt = route(pool, S2, 2, embedder='pca', tau=0.5, k=2)
+    rt = route(pool, S2, 2, embedder='pca', tau=0.5, k=2, explore='off')
     assert rt.clusters['size'].tolist() == [1, 1]
-    rt = route(pool, S2, 2, embedder='pca', tau=0.5, k=2, merge_singletons=True)
+    rt = route(pool, S2, 2, embedder='pca', tau=0.5, k=2, merge_singletons=True, explore='off')
     assert rt.clusters['size'].tolist() == [2]
+    rt = route(pool, S2, 2, embedder='pca', tau=0.5, k=2)   # spaces b and c have no candidate: an explore arm each
+    assert rt.clusters.query("kind == 'explore'").space.tolist() == sorted(set(pool.space) - {pool.space[0]})
 
 
 def test_affinity_novelty_conventions():

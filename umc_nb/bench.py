@@ -19,10 +19,10 @@ from .metrics import curve_metrics, compare_strategies, labels_to_target, seed_s
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'UMC_VARIANTS', 'BASELINES', 'PEERS', 'AL_BASELINES', 'DIVERSITY', 'CURVE_COLUMNS',
            'MERGE_KEYS', 'CHART_GROUPS', 'METRIC_TITLES', 'ResultsVersionError', 'peers_installed',
-           'default_strategies', 'resolve_strategies', 'check_seeds', 'curator_kwargs', 'start_point',
-           'full_data_point', 'run_curve', 'run_bench', 'label_savings', 'summarize', 'save_results', 'load_results',
-           'merge_results', 'curves_frame', 'curve_chart', 'bench_charts', 'save_charts', 'bench_curves_args',
-           'format_summary', 'bench_curves_run']
+           'default_strategies', 'resolve_strategies', 'check_seeds', 'curator_kwargs', 'training_recipe',
+           'start_point', 'full_data_point', 'run_curve', 'run_bench', 'label_savings', 'summarize', 'save_results',
+           'load_results', 'merge_results', 'curves_frame', 'curve_chart', 'bench_charts', 'save_charts',
+           'bench_curves_args', 'format_summary', 'bench_curves_run']
 
 # %% ../nbs/13_bench.ipynb #46ce6bc0
 FORMAT, FORMAT_VERSION = 'umc-bench-curves', 1
@@ -37,7 +37,10 @@ UMC_VARIANTS = {
     'umc-beta1': dict(beta=1.0),                   # reward = error only: no novelty term
     'umc-beta0': dict(beta=0.0),                   # reward = novelty only
     'umc-uniform': dict(allocator='uniform'),      # no bandit
+    'umc-explore-off': dict(router={'explore': 'off'}),        # no typicality arms (the cold-start fallback)
+    'umc-explore-always': dict(router={'explore': 'always'}),  # a typicality arm in every feature space
     'umc-ce': dict(train={'lam': 1.0}),            # no distillation: plain cross-entropy retraining
+    'umc-labelled-kd': dict(train={'lam': 0.5}, transfer=0),   # distillation on the labelled items only
 }
 BASELINES = ['random', 'least-confident', 'margin', 'entropy', 'bald', 'score', 'coreset', 'typiclust', 'badge']
 PEERS = ['skactiveml-least-confident', 'skactiveml-coreset', 'skactiveml-typiclust',
@@ -100,23 +103,28 @@ def _shifted_eval(cur, bm) -> dict:
     y = np.asarray(bm.test_oracle.label_index(bm.test.ids, list(bm.labels)))[sel]
     return dict(shifted_accuracy=accuracy(y, p.argmax(1)), shifted_ece=expected_calibration_error(y, p))
 
-def curator_kwargs(name: str, budget: int, seed: int, epochs: int = 20, embedder: str = 'umap') -> dict:
+def curator_kwargs(name: str, budget: int, seed: int, epochs: int = 40, embedder: str = 'umap') -> dict:
     "The `Curator.from_benchmark` keyword arguments of strategy `name`."
     kw = dict(budget=budget, random_state=seed, progress=False, train={'max_epochs': epochs},
               router={'embedder': embedder})
     if name in UMC_VARIANTS:
         v = dict(UMC_VARIANTS[name])
         kw['train'] = {**kw['train'], **v.pop('train', {})}
+        kw['router'] = {**kw['router'], **v.pop('router', {})}
         kw.update(v)
     else: kw['strategy'] = get_strategy(name)
     return kw
 
-def _fit_point(bm, workdir, seed, epochs, lam, extra_labels=None) -> dict:
+def training_recipe(name: str, epochs: int = 40) -> dict:
+    "How strategy `name` trains F: the `Curator` keyword arguments `train` (and `transfer` if the strategy sets it)."
+    kw = curator_kwargs(name, 1, 0, epochs)
+    return {'train': kw['train'], **({'transfer': kw['transfer']} if 'transfer' in kw else {})}
+
+def _fit_point(bm, workdir, seed, recipe: dict, extra_labels=None) -> dict:
     "F trained on the seed labels (plus `extra_labels`: id -> label) as the loop trains it, evaluated as the loop does."
     from umc_nb.loop import Curator
     d = Path(tempfile.mkdtemp(dir=workdir))
-    cur = Curator.from_benchmark(bm, d / 'store.sqlite', random_state=seed, progress=False, model_dir=d / 'models',
-                                 train={'max_epochs': epochs, 'lam': lam})
+    cur = Curator.from_benchmark(bm, d / 'store.sqlite', random_state=seed, progress=False, model_dir=d / 'models', **recipe)
     cur._sync()
     if extra_labels: cur.curated_ = dict(extra_labels)      # as if curated (not stored): coverage stays defined
     cur._fit_F(0)
@@ -124,18 +132,19 @@ def _fit_point(bm, workdir, seed, epochs, lam, extra_labels=None) -> dict:
     return dict(accuracy=ev['accuracy'], worst_domain_accuracy=ev['worst_domain_accuracy'], ece=ev['ece'],
                 coverage=0.0, **_shifted_eval(cur, bm))
 
-def start_point(bm, workdir, seed: int, epochs: int = 20, lam: float = 0.5) -> dict:
-    "Round 0: F trained on the seed labels alone."
-    return _fit_point(bm, workdir, seed, epochs, lam)
+def start_point(bm, workdir, seed: int, epochs: int = 40, strategy: str = 'umc') -> dict:
+    "Round 0: F trained on the seed labels alone, as `strategy` trains it."
+    return _fit_point(bm, workdir, seed, training_recipe(strategy, epochs))
 
-def full_data_point(bm, workdir, seed: int, epochs: int = 20, lam: float = 0.5) -> dict:
-    "The reference: F trained on the seed labels and every pool label."
-    return _fit_point(bm, workdir, seed, epochs, lam, dict(zip(bm.pool.ids.tolist(), bm.oracle.label(bm.pool.ids))))
+def full_data_point(bm, workdir, seed: int, epochs: int = 40, strategy: str = 'umc') -> dict:
+    "The reference: F trained on the seed labels and every pool label, as `strategy` trains it."
+    return _fit_point(bm, workdir, seed, training_recipe(strategy, epochs),
+                      dict(zip(bm.pool.ids.tolist(), bm.oracle.label(bm.pool.ids))))
 
 CURVE_COLUMNS = ['strategy', 'seed', 'round', 'labels', 'accuracy', 'worst_domain_accuracy', 'ece', 'coverage',
                  'shifted_accuracy', 'shifted_ece', 'seconds']
 
-def run_curve(bm, name: str, seed: int, budget: int, rounds: int, workdir, epochs: int = 20, embedder: str = 'umap',
+def run_curve(bm, name: str, seed: int, budget: int, rounds: int, workdir, epochs: int = 40, embedder: str = 'umap',
               start: dict | None = None) -> pd.DataFrame:
     "One learning curve: strategy `name`, seed `seed`, `rounds` rounds of `budget` labels; one row per round (+ round 0)."
     from umc_nb.loop import Curator
@@ -151,7 +160,7 @@ def run_curve(bm, name: str, seed: int, budget: int, rounds: int, workdir, epoch
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 # %% ../nbs/13_bench.ipynb #e7938aca
-def run_bench(strategies_=None, seeds=5, budget: int = 20, rounds: int = 5, fixture: bool = True, epochs: int = 20,
+def run_bench(strategies_=None, seeds=5, budget: int = 20, rounds: int = 5, fixture: bool = True, epochs: int = 40,
               embedder: str = 'umap', workdir=None, bm=None, reference: bool = True, progress: bool = True) -> dict:
     "Run the benchmark; returns a dict with `curves` (tidy DataFrame), `reference` (per seed) and the `options`."
     names = resolve_strategies(strategies_)
@@ -168,18 +177,19 @@ def run_bench(strategies_=None, seeds=5, budget: int = 20, rounds: int = 5, fixt
     workdir = Path(tempfile.mkdtemp(prefix='umc-bench-') if own else workdir); workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     curves, refs, starts = [], {}, {}
-    lam_of = lambda n: curator_kwargs(n, budget, 0, epochs, embedder)['train'].get('lam', 0.5)
+    recipe_of = lambda n: json.dumps(training_recipe(n, epochs), sort_keys=True)   # strategies that train F alike share round 0
     bar = tqdm(total=len(names) * len(seeds) + len(seeds) * (1 + reference), desc='bench curves', file=sys.stderr,
                disable=not progress)
     for s in seeds:
-        for lam in sorted({lam_of(n) for n in names}):
-            bar.set_postfix_str(f'seed {s}: round 0 (lam={lam})'); starts[(s, lam)] = start_point(bm, workdir, s, epochs, lam)
+        for n in names:
+            if (s, recipe_of(n)) in starts: continue
+            bar.set_postfix_str(f'seed {s}: round 0 ({n})'); starts[(s, recipe_of(n))] = start_point(bm, workdir, s, epochs, n)
         bar.update(1)
         if reference:
             bar.set_postfix_str(f'seed {s}: full data'); refs[s] = full_data_point(bm, workdir, s, epochs); bar.update(1)
         for n in names:
             bar.set_postfix_str(f'seed {s}: {n}')
-            curves.append(run_curve(bm, n, s, budget, rounds, workdir, epochs, embedder, starts[(s, lam_of(n))]))
+            curves.append(run_curve(bm, n, s, budget, rounds, workdir, epochs, embedder, starts[(s, recipe_of(n))]))
             bar.update(1)
     bar.close()
     options = dict(strategies=names, seeds=seeds, budget=budget, rounds=rounds, fixture=bool(fixture), epochs=epochs,
@@ -327,7 +337,8 @@ def curves_frame(results: dict) -> pd.DataFrame:
 # %% ../nbs/13_bench.ipynb #5ed8b079
 CHART_GROUPS = {
     'baselines': ['umc', 'random', 'least-confident', 'margin', 'entropy', 'bald', 'coreset', 'typiclust', 'badge'],
-    'ablations': ['umc', 'umc-alpha1', 'umc-alpha0', 'umc-beta1', 'umc-beta0', 'umc-uniform', 'score', 'umc-ce'],
+    'ablations': ['umc', 'umc-alpha1', 'umc-alpha0', 'umc-beta1', 'umc-beta0', 'umc-uniform', 'score',
+                  'umc-explore-off', 'umc-explore-always', 'umc-ce', 'umc-labelled-kd'],
     'peers': ['least-confident', 'skactiveml-least-confident', 'modal-uncertainty', 'margin', 'modal-margin', 'entropy',
               'modal-entropy', 'coreset', 'skactiveml-coreset', 'typiclust', 'skactiveml-typiclust'],
 }
@@ -385,7 +396,7 @@ def bench_curves_args(p):
     p.add_argument('--seed-list', default=None, help='explicit comma-separated seeds instead of --seeds, e.g. 0,3,7')
     p.add_argument('--budget', default='20', help='labels per round (default 20)')
     p.add_argument('--rounds', default='5', help='rounds per curve (default 5)')
-    p.add_argument('--epochs', default='20', help="training epochs of F per round (default 20)")
+    p.add_argument('--epochs', default='40', help="training epochs of F per round (default 40, the loop's own default)")
     p.add_argument('--embedder', default='umap', help="UMC's routing embedder: 'umap' (default) or 'pca'")
     p.add_argument('--full', action='store_true', help='the full built-in benchmark (prepare it with `umc data`) instead of the fixture')
     p.add_argument('--out', default=None, help='write the results JSON to this file')

@@ -784,8 +784,8 @@ def domain_table(splits: dict, config: BenchmarkConfig) -> pd.DataFrame:
     for d in config.domains:
         s = DOMAINS[d]
         n = {k: int((p.domain == d).sum()) if p is not None else 0 for k, (p, _) in splits.items()}
-        tasks = next(p.tasks for p, _ in splits.values() if p is not None and s.task in p.tasks)
-        rows.append(dict(name=d, modality=s.modality, space=s.space, task=s.task, n_classes=len(tasks[s.task]),
+        tasks = next((p.tasks for p, _ in splits.values() if p is not None and s.task in p.tasks), {})   # {}: no sample drawn
+        rows.append(dict(name=d, modality=s.modality, space=s.space, task=s.task, n_classes=len(tasks.get(s.task, [])),
                          n_pool=n['pool'], n_test=n['test'], n_seed=n['seed'], seen=d not in config.unseen,
                          source=s.source, licence=s.licence))
     return pd.DataFrame(rows)

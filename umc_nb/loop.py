@@ -108,6 +108,7 @@ class Curator:
                  retrain: bool = True,        # train F each round
                  join_ensemble: bool = True,  # F joins the ensemble for the next round
                  train: dict | None = None,   # keyword arguments of `train_model` (lam, temperature, max_epochs, ...)
+                 transfer: int = 20_000,      # unlabelled items F is also distilled on (a seeded sample); 0: labelled only
                  model_dir=None,              # where F's checkpoints go (default: next to the store file)
                  random_state: int = 0,
                  progress: bool = True):
@@ -116,6 +117,7 @@ class Curator:
         self.budget, self.alpha, self.beta, self.allocator, self.router = budget, alpha, beta, allocator, router
         self.strategy = strategy
         self.retrain, self.join_ensemble, self.train, self.model_dir = retrain, join_ensemble, train, model_dir
+        self.transfer = transfer
         self.random_state, self.progress = random_state, progress
 
 # %% ../nbs/10_loop.ipynb #7a172df5
@@ -196,12 +198,22 @@ def _train_F(self: Curator, r: int, before_round: int | None = None):
     "F trained on the labels (of rounds < `before_round`), distilling the specialists; None if it cannot be trained."
     from umc_nb.train import train_model, ensemble_mean, SingleClassError
     idx, y = self._labelled(before_round)
-    teacher = self._specialists_only()
-    probs, mask = teacher.predict_proba(self.pool, ids=self.pool.ids[idx], progress=False)
-    soft = ensemble_mean(probs, mask)
-    kw = dict(lam=0.5, temperature=2.0, max_epochs=40, seed=self.random_state)   # same seed every round: only the labels change
+    kw = dict(lam=0.8, temperature=2.0, max_epochs=40, seed=self.random_state)   # same seed every round: only the labels change
     kw.update(self.train or {})
-    try: return train_model(self.pool, idx, y, soft, version=f'r{r}', **kw)
+    n_tr = check_positive_int(self.transfer, 'transfer', minimum=0) if kw['lam'] < 1 else 0
+    # the transfer sample is fixed per curator (its seed), minus what is labelled by now
+    tr = np.random.default_rng([self.random_state, 7]).permutation(len(self.pool))[:n_tr]
+    tr = np.sort(np.setdiff1d(tr, idx))
+    teacher = self._specialists_only()
+    both = np.concatenate([idx, tr])
+    probs, mask = teacher.predict_proba(self.pool, ids=self.pool.ids[both], progress=False)
+    has = np.asarray(mask, bool).any(1)            # items no specialist applies to: the label alone, or not distilled
+    soft = np.zeros((len(both), len(self.labels)), np.float32)
+    if has.any(): soft[has] = ensemble_mean(probs[has], mask[has])
+    lab_soft = soft[:len(idx)]; lab_soft[~has[:len(idx)], y[~has[:len(idx)]]] = 1.0
+    keep = has[len(idx):]
+    if keep.any(): kw.update(transfer_idx=tr[keep], transfer_targets=soft[len(idx):][keep])
+    try: return train_model(self.pool, idx, y, lab_soft, version=f'r{r}', **kw)
     except SingleClassError as e:
         warnings.warn(f"round {r}: F was not retrained ({e}); the previous model stays.")
 

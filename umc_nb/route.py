@@ -14,7 +14,7 @@ from .core import (UMCError, ShapeError, EmptyInputError, ParameterError, Budget
                          embedders, clusterers, to_numpy, check_fraction, check_positive_int, check_budget)
 
 # %% auto #0
-__all__ = ['THRESHOLD_RULES', 'CLUSTER_COLUMNS', 'InvalidScoresError', 'RoutingWarning', 'BlobPool', 'blob_pool',
+__all__ = ['THRESHOLD_RULES', 'CLUSTER_COLUMNS', 'EXPLORE_MODES', 'InvalidScoresError', 'RoutingWarning', 'BlobPool', 'blob_pool',
            'dynamic_threshold', 'select_candidates', 'PCAEmbedder', 'UMAPEmbedder', 'KMeansClusterer',
            'HDBSCANClusterer', 'domain_stats', 'Routing', 'k_rule', 'Router', 'route', 'bench_route_args',
            'bench_route_once', 'bench_route_run']
@@ -308,16 +308,17 @@ def domain_stats(Z_ref, tags, centroids, h: float | None = None, Z_all=None) -> 
 
 # %% ../nbs/04_route.ipynb #a28d5817
 CLUSTER_COLUMNS = ['arm', 'space', 'size', 'mean_score', 'max_score', 'affinity', 'novelty', 'members', 'centroid',
-                   'dominant_domain', 'top', 'nearest_domain', 'domain_affinity', 'n_domains']
+                   'dominant_domain', 'top', 'nearest_domain', 'domain_affinity', 'n_domains', 'kind']
+EXPLORE_MODES = ('fallback', 'always', 'off')
 
 @dataclass
 class Routing:
     "The result of one routing round; `clusters` is one row per arm (see `CLUSTER_COLUMNS`)."
     clusters: pd.DataFrame     # one row per cluster = bandit arm
-    assignment: pd.Series      # pool index -> arm, for every candidate
+    assignment: pd.Series      # pool index -> arm, for every candidate (and explore member)
     tau: float                 # the threshold used
     candidates: np.ndarray     # sorted pool indices of the candidates
-    points: pd.DataFrame       # tidy map: idx, space, kind ('candidate'|'reference'), arm, domain, score, x, y
+    points: pd.DataFrame       # tidy map: idx, space, kind ('candidate'|'explore'|'reference'), arm, domain, score, x, y
     domains: pd.DataFrame      # known domains per space: space, domain, n, spread, centroid
     round: int = 0
     notes: list = field(default_factory=list)   # fallbacks taken, in words
@@ -380,6 +381,7 @@ class Router:
                  max_candidates: int | None = None,  # keep at most this many candidates (the highest scores)
                  top_n: int = 5,  # members listed in `top`
                  merge_singletons: bool = False,  # attach one-member clusters to the nearest other cluster
+                 explore: str = 'fallback',  # typicality arms: 'fallback' (spaces with no candidate), 'always' (every space), 'off'
                  chunk_size: int = 50_000,  # rows transformed at a time
                  embedder_kw: dict | None = None, clusterer_kw: dict | None = None,  # extra arguments of the built-ins
                  random_state: int = 0,
@@ -388,6 +390,23 @@ class Router:
         self.k, self.k_max, self.n_components, self.sample_size, self.max_reference = k, k_max, n_components, sample_size, max_reference
         self.max_candidates, self.top_n, self.merge_singletons, self.chunk_size = max_candidates, top_n, merge_singletons, chunk_size
         self.embedder_kw, self.clusterer_kw, self.random_state, self.progress = embedder_kw, clusterer_kw, random_state, progress
+        self.explore = explore
+
+    def _explore(self, pool, space, free, lab, k, seed) -> np.ndarray:
+        "Up to `k` unlabelled pool indices of `space` (from `free`), most typical of the regions no label covers first (TypiClust)."
+        from umc_nb.baselines import typiclust_select
+        rng = np.random.default_rng(seed + 2)
+        if len(free) > self.sample_size: free = np.sort(rng.choice(free, self.sample_size, replace=False))
+        if len(lab) > self.max_reference: lab = np.sort(rng.choice(lab, self.max_reference, replace=False))
+        rows = np.concatenate([lab, free])
+        X = np.asarray(pool.X(space, rows), np.float64)
+        sd = X.std(0); sd[sd == 0] = 1
+        X = (X - X.mean(0)) / sd
+        if X.shape[1] > 32 and len(X) > 32:
+            from sklearn.decomposition import PCA
+            X = PCA(32, random_state=seed).fit_transform(X)
+        got = typiclust_select(X, np.arange(len(lab)), len(lab) + np.arange(len(free)), min(k, len(free)), random_state=seed)
+        return rows[got]
 
     def _k_for(self, space, n, notes):
         k = self.k.get(space) if isinstance(self.k, dict) else self.k
@@ -431,7 +450,21 @@ class Router:
         secs['threshold'] = time.perf_counter() - t0
         space_of = np.asarray(pool.space); dom_of = np.asarray(pool.domain)
         rows, pts, doms = [], [], []
-        spaces = [str(x) for x in np.unique(space_of[cand])]
+        if self.explore not in EXPLORE_MODES: raise ParameterError(f"explore must be one of {EXPLORE_MODES}; got {self.explore!r}.")
+        explore, t1 = {}, time.perf_counter()
+        if self.explore != 'off':   # typicality arms: the cold-start fallback (or, with 'always', an arm in every space)
+            in_cand = np.zeros(n, bool); in_cand[cand] = True
+            for sp in np.unique(space_of[~mask]).tolist():
+                if self.explore == 'fallback' and (space_of[cand] == sp).any(): continue
+                free_sp = np.flatnonzero((space_of == sp) & ~mask & ~in_cand)
+                if len(free_sp) == 0: continue
+                explore[str(sp)] = self._explore(pool, sp, free_sp, np.flatnonzero((space_of == sp) & mask), budget,
+                                                 _space_seed(self.random_state, sp))
+                if self.explore == 'fallback':   # a designed path, not a problem: noted, not warned
+                    notes.append(f"no candidate in space {sp!r} (nothing there scores at or above τ); offering its "
+                                 f"{len(explore[sp])} most typical unlabelled samples as arm 'r{round}/{sp}/explore'.")
+        secs['explore'] = time.perf_counter() - t1
+        spaces = sorted({str(x) for x in np.unique(space_of[cand])} | set(explore))
         it = spaces
         if self.progress:
             from tqdm.auto import tqdm
@@ -440,6 +473,7 @@ class Router:
         for sp in it:
             seed = _space_seed(self.random_state, sp)
             c = cand[space_of[cand] == sp]
+            e = explore.get(sp, np.zeros(0, np.int64))
             r_in = space_of[ref_idx] == sp
             r, rt = ref_idx[r_in], ref_tag[r_in]
             if len(r):   # at most max_reference labelled samples per domain, seeded
@@ -448,14 +482,16 @@ class Router:
                 keep.sort(); r, rt = r[keep], rt[keep]
             t1 = time.perf_counter()
             # the fit sample is drawn from candidates and reference together (see the chapter on affinity)
-            Z, emb, n_fit = self._embed(pool, sp, np.concatenate([c, r]), seed)
-            Zc, Zr = Z[:len(c)], Z[len(c):]
+            Z, emb, n_fit = self._embed(pool, sp, np.concatenate([c, e, r]), seed)
+            Zc, Ze, Zr = Z[:len(c)], Z[len(c):len(c) + len(e)], Z[len(c) + len(e):]
             secs['embed'] += time.perf_counter() - t1; t1 = time.perf_counter()
-            k = self._k_for(sp, len(c), notes)
-            if len(c) == 1 or k == 1: lab = np.zeros(len(c), dtype=np.int64)
-            else:
-                cl = _make(clusterers, self.clusterer, self.clusterer_kw or {}, n_clusters=k, random_state=seed)
-                lab = _attach_noise(Zc, cl.fit_predict(Zc))
+            lab = np.zeros(0, dtype=np.int64)
+            if len(c):
+                k = self._k_for(sp, len(c), notes)
+                if len(c) == 1 or k == 1: lab = np.zeros(len(c), dtype=np.int64)
+                else:
+                    cl = _make(clusterers, self.clusterer, self.clusterer_kw or {}, n_clusters=k, random_state=seed)
+                    lab = _attach_noise(Zc, cl.fit_predict(Zc))
             if self.merge_singletons and len(np.unique(lab)) > 1:
                 for _ in range(len(c)):
                     ks, cnt = np.unique(lab, return_counts=True)
@@ -465,36 +501,40 @@ class Router:
                     lab[lab == lone] = others[((C - Zc[lab == lone][0]) ** 2).sum(1).argmin()]
                 lab = np.unique(lab, return_inverse=True)[1].ravel()
             secs['cluster'] += time.perf_counter() - t1
-            K = lab.max() + 1
+            K = int(lab.max()) + 1 if len(lab) else 0
             order_in = [np.flatnonzero(lab == j) for j in range(K)]
             means = np.array([S[c[o]].mean() for o in order_in])
-            rank = np.lexsort((np.array([c[o].min() for o in order_in]), -means))   # by mean score, ties by smallest index
-            cents = np.stack([Zc[order_in[j]].mean(0) for j in rank])
+            rank = np.lexsort((np.array([c[o].min() for o in order_in]), -means)) if K else []   # by mean score, ties by smallest index
+            # arms: the uncertain clusters by rank (members by score), then the explore arm (members in typicality order)
+            groups = [(f'r{round}/{sp}/{jj}', c[order_in[j]][np.lexsort((c[order_in[j]], -S[c[order_in[j]]]))],
+                       Zc[order_in[j]], 'uncertain') for jj, j in enumerate(rank)]
+            if len(e): groups.append((f'r{round}/{sp}/explore', e, Ze, 'explore'))
+            cents = np.stack([g[2].mean(0) for g in groups])
             ds = domain_stats(Zr, rt, cents, Z_all=Z)
-            arm_of = np.empty(len(c), dtype=object)
-            for jj, j in enumerate(rank):
-                o = order_in[j]; m = c[o]
-                srt = np.lexsort((m, -S[m])); m = m[srt]
-                arm = f'r{round}/{sp}/{jj}'
-                arm_of[o] = arm
+            arm_of = {}
+            for jj, (arm, m, _, kind) in enumerate(groups):
+                arm_of.update(dict.fromkeys(m.tolist(), arm))
                 dd = pd.Series(dom_of[m]).value_counts()
                 dominant = sorted(dd.index[dd == dd.max()])[0]
                 rows.append(dict(arm=arm, space=sp, size=len(m), mean_score=float(S[m].mean()), max_score=float(S[m].max()),
                                  affinity=float(ds.affinity[jj]), novelty=float(ds.novelty[jj]), members=m.tolist(),
                                  centroid=cents[jj], dominant_domain=str(dominant), top=m[:self.top_n].tolist(),
-                                 nearest_domain=ds.nearest_domain[jj], domain_affinity=ds.domain_affinity[jj], n_domains=int(len(dd))))
-                if len(m) == 1: notes.append(f"cluster {arm} has a single member (pool index {m[0]}); kept as its own arm.")
+                                 nearest_domain=ds.nearest_domain[jj], domain_affinity=ds.domain_affinity[jj],
+                                 n_domains=int(len(dd)), kind=kind))
+                if len(m) == 1 and kind == 'uncertain':
+                    notes.append(f"cluster {arm} has a single member (pool index {m[0]}); kept as its own arm.")
             xy = np.zeros((len(Z), 2), dtype=np.float32); xy[:, :min(2, Z.shape[1])] = Z[:, :2]
-            allidx = np.concatenate([c, r])
-            pts.append(pd.DataFrame({'idx': allidx, 'space': sp, 'kind': np.where(np.arange(len(allidx)) < len(c), 'candidate', 'reference'),
-                                     'arm': np.concatenate([arm_of, np.full(len(r), None, dtype=object)]),
-                                     'domain': np.concatenate([dom_of[c], rt]), 'score': S[allidx], 'x': xy[:, 0], 'y': xy[:, 1]}))
+            allidx = np.concatenate([c, e, r])
+            kinds = np.array(['candidate'] * len(c) + ['explore'] * len(e) + ['reference'] * len(r), dtype=object)
+            pts.append(pd.DataFrame({'idx': allidx, 'space': sp, 'kind': kinds,
+                                     'arm': [arm_of.get(i) if k != 'reference' else None for i, k in zip(allidx.tolist(), kinds)],
+                                     'domain': np.concatenate([dom_of[c], dom_of[e], rt]), 'score': S[allidx], 'x': xy[:, 0], 'y': xy[:, 1]}))
             for g in np.unique(rt):
                 Zg = Zr[rt == g]; mu = Zg.mean(0)
                 doms.append(dict(space=sp, domain=g, n=len(Zg), spread=float(np.sqrt(((Zg - mu) ** 2).sum(1).mean())), centroid=mu))
             fit_sample[sp] = n_fit
         clusters = pd.DataFrame(rows, columns=CLUSTER_COLUMNS)
-        assignment = pd.concat([p[p.kind == 'candidate'].set_index('idx')['arm'] for p in pts]).sort_index().rename('arm')
+        assignment = pd.concat([p[p.kind != 'reference'].set_index('idx')['arm'] for p in pts]).sort_index().rename('arm')
         assignment.index.name = 'idx'
         secs['total'] = time.perf_counter() - t0
         return Routing(clusters=clusters, assignment=assignment, tau=tau, candidates=cand,

@@ -22,9 +22,10 @@ from .core import (UMCError, ShapeError, EmptyInputError, ParameterError, Unknow
 from .ensemble import quiet_lightning
 
 # %% auto #0
-__all__ = ['NEG', 'FORMAT', 'SingleClassError', 'CheckpointError', 'encode_labels', 'check_labelled', 'MultiDomainNet', 'soften',
-           'distillation_loss', 'LabelledData', 'SpaceBatchSampler', 'CurationDataModule', 'DistillModule',
-           'TrainedMember', 'Trained', 'train_model', 'evaluate', 'ensemble_mean']
+__all__ = ['NEG', 'FORMAT', 'SingleClassError', 'CheckpointError', 'encode_labels', 'check_labelled', 'check_pool_indices',
+           'check_soft_targets', 'MultiDomainNet', 'soften', 'distillation_loss', 'LabelledData', 'SpaceBatchSampler',
+           'CurationDataModule', 'DistillModule', 'TrainedMember', 'Trained', 'train_model', 'evaluate',
+           'ensemble_mean']
 
 # %% ../nbs/09_train.ipynb #1623f5ef
 class SingleClassError(UMCError, ValueError):
@@ -63,17 +64,8 @@ def encode_labels(labels: Sequence[str], y) -> np.ndarray:
 def check_labelled(pool, idx, y, soft_targets=None, *, min_classes: int = 2):
     "Validate a retrain's inputs; return (idx int64, y global indices, soft targets float32 restricted to each task or None)."
     labels = list(pool.labels)
-    idx = np.asarray(idx)
-    if idx.ndim != 1: raise ShapeError(f"idx must be a 1-D array of pool indices; got shape {idx.shape}.")
-    if len(idx) == 0: raise EmptyInputError("idx is empty: there are no labelled items to train on yet; label some first.")
-    if idx.dtype.kind not in 'iu': raise ShapeError(f"idx must hold integer pool indices; got dtype {idx.dtype}.")
-    if ((idx < 0) | (idx >= len(pool))).any():
-        bad = idx[(idx < 0) | (idx >= len(pool))]
-        raise UnknownNameError(f"{len(bad)} pool index(es) are outside 0..{len(pool) - 1}, e.g. {bad[:3].tolist()}.")
-    uniq, counts = np.unique(idx, return_counts=True)
-    if (counts > 1).any():
-        raise DuplicateIdError(f"idx lists {int((counts > 1).sum())} item(s) twice, e.g. {uniq[counts > 1][:3].tolist()}; "
-                               "pass each labelled item once with its current label.")
+    if np.ndim(idx) == 1 and len(idx) == 0: raise EmptyInputError("idx is empty: there are no labelled items to train on yet; label some first.")
+    idx = check_pool_indices(pool, idx)
     y = encode_labels(labels, y)
     if len(y) != len(idx): raise ShapeError(f"y has {len(y)} labels for {len(idx)} items in idx; pass one label per item.")
     cols = _task_columns(labels, pool.tasks)
@@ -89,11 +81,33 @@ def check_labelled(pool, idx, y, soft_targets=None, *, min_classes: int = 2):
         raise SingleClassError(f"all {len(y)} labels are {labels[y[0]]!r}: a model trained on one class learns a constant. "
                                "Label at least one item of another class before retraining (the loop keeps the previous model).")
     if soft_targets is None: return idx.astype(np.int64), y, None
+    return idx.astype(np.int64), y, check_soft_targets(pool, idx, soft_targets)
+
+def check_pool_indices(pool, idx, name: str = 'idx') -> np.ndarray:
+    "`idx` as distinct int64 pool indices (a named error otherwise)."
+    idx = np.asarray(idx)
+    if idx.ndim != 1: raise ShapeError(f"{name} must be a 1-D array of pool indices; got shape {idx.shape}.")
+    if len(idx) and idx.dtype.kind not in 'iu': raise ShapeError(f"{name} must hold integer pool indices; got dtype {idx.dtype}.")
+    idx = idx.astype(np.int64)
+    if ((idx < 0) | (idx >= len(pool))).any():
+        bad = idx[(idx < 0) | (idx >= len(pool))]
+        raise UnknownNameError(f"{len(bad)} pool index(es) in {name} are outside 0..{len(pool) - 1}, e.g. {bad[:3].tolist()}.")
+    uniq, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        raise DuplicateIdError(f"{name} lists {int((counts > 1).sum())} item(s) twice, e.g. {uniq[counts > 1][:3].tolist()}; "
+                               "pass each item once.")
+    return idx
+
+def check_soft_targets(pool, idx, soft_targets, name: str = 'soft_targets') -> np.ndarray:
+    "Soft targets `(len(idx), C)` validated, cut to each item's task and renormalised (float32)."
+    labels = list(pool.labels)
+    cols = _task_columns(labels, pool.tasks)
+    task = np.asarray(pool.task)[idx]
     s = to_numpy(soft_targets)
     if s.shape != (len(idx), len(labels)):
-        raise ShapeError(f"soft_targets must have shape (n, C) = ({len(idx)}, {len(labels)}), one row per item of idx over "
+        raise ShapeError(f"{name} must have shape (n, C) = ({len(idx)}, {len(labels)}), one row per item over "
                          f"the global label space; got {s.shape}.")
-    check_probs(s[:, None, :].astype(np.float32), name='soft_targets')
+    check_probs(s[:, None, :].astype(np.float32), name=name)
     s = s.astype(np.float32, copy=True)
     keep = np.zeros_like(s, bool)
     for t, c in cols.items(): keep[np.ix_(task == t, c)] = True
@@ -101,9 +115,9 @@ def check_labelled(pool, idx, y, soft_targets=None, *, min_classes: int = 2):
     tot = s.sum(1, keepdims=True)
     if (tot <= 0).any():
         i = int(np.argmax(tot[:, 0] <= 0))
-        raise InvalidProbabilitiesError(f"soft_targets row {i} (item {int(idx[i])}, task {task[i]!r}) puts no mass on its task's "
+        raise InvalidProbabilitiesError(f"{name} row {i} (item {int(idx[i])}, task {task[i]!r}) puts no mass on its task's "
                                         "classes; pass the ensemble mean over the members that apply to each item.")
-    return idx.astype(np.int64), y, s / tot
+    return s / tot
 
 # %% ../nbs/09_train.ipynb #bec7127c
 NEG = -1e9   # logit of a class outside the sample's task: softmax gives exactly 0, log-softmax stays finite
@@ -161,8 +175,9 @@ def soften(p: torch.Tensor, temperature: float) -> torch.Tensor:
     return q / q.sum(-1, keepdim=True)
 
 def distillation_loss(logits, y, soft=None, lam: float = 0.5, temperature: float = 2.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    "(loss, ce, kl): λ·CE(logits, y) + (1-λ)·T²·KL(soften(soft, T) ‖ softmax(logits/T)), averaged over the batch."
-    ce = F.cross_entropy(logits, y)
+    "(loss, ce, kl): λ·CE(logits, y) + (1-λ)·T²·KL(soften(soft, T) ‖ softmax(logits/T)); CE over the items with a label (y ≥ 0), KL over all."
+    has = y >= 0
+    ce = F.cross_entropy(logits[has], y[has]) if bool(has.any()) else logits.sum() * 0
     if lam >= 1 or soft is None:
         if lam < 1: raise ParameterError(f"lam={lam} < 1 mixes in the ensemble's soft targets, but none were given; pass soft_targets or lam=1.")
         return ce, ce.detach(), torch.zeros((), device=logits.device)
@@ -173,7 +188,7 @@ def distillation_loss(logits, y, soft=None, lam: float = 0.5, temperature: float
 
 # %% ../nbs/09_train.ipynb #8f11a038
 class LabelledData(Dataset):
-    "Labelled items of a pool: features by space, task index, global label and soft target (all tensors)."
+    "Items of a pool: features by space, task index, global label (-1: a transfer item) and soft target (all tensors)."
     def __init__(self, net_spaces: Sequence[str], net_tasks: Sequence[str], pool, idx, y, soft=None):
         self.idx, self.n_labels = np.asarray(idx), len(pool.labels)
         space, task = np.asarray(pool.space)[self.idx], np.asarray(pool.task)[self.idx]
@@ -223,9 +238,11 @@ class SpaceBatchSampler(Sampler):
 class CurationDataModule(L.LightningDataModule):
     "Labelled pool items with their labels and the ensemble's soft targets; optional validation items with labels."
     def __init__(self, pool, idx, y, soft_targets=None, *, val_idx=None, val_y=None, val_fraction: float = 0.0,
+                 transfer_idx=None, transfer_targets=None,
                  batch_size: int = 64, seed: int = 0, spaces: Sequence[str] | None = None, tasks: Sequence[str] | None = None):
         super().__init__()
         self.pool, self.idx, self.y, self.soft_targets = pool, idx, y, soft_targets
+        self.transfer_idx, self.transfer_targets = transfer_idx, transfer_targets
         self.val_idx, self.val_y, self.val_fraction = val_idx, val_y, val_fraction
         self.batch_size, self.seed, self.spaces, self.tasks = batch_size, seed, spaces, tasks
         self.train_set = self.val_set = None
@@ -251,6 +268,17 @@ class CurationDataModule(L.LightningDataModule):
             v, t = np.sort(perm[:n_val]), np.sort(perm[n_val:])
             vidx, vy = idx[v], y[v]
             idx, y, soft = idx[t], y[t], None if soft is None else soft[t]
+        if self.transfer_idx is not None and len(self.transfer_idx):   # unlabelled items: soft targets only, y = -1
+            tidx = check_pool_indices(self.pool, self.transfer_idx, 'transfer_idx')
+            if self.transfer_targets is None or soft is None:
+                raise ParameterError("a transfer set needs soft targets for it (transfer_targets) and for the labelled items "
+                                     "(soft_targets); distillation is what it is for.")
+            clash = np.intersect1d(tidx, np.concatenate([idx, [] if vidx is None else vidx]).astype(np.int64))
+            if len(clash):
+                raise DuplicateIdError(f"{len(clash)} transfer item(s) are also labelled, e.g. {clash[:3].tolist()}; "
+                                       "the transfer set holds unlabelled items only.")
+            tsoft = check_soft_targets(self.pool, tidx, self.transfer_targets, 'transfer_targets')
+            idx, y, soft = np.concatenate([idx, tidx]), np.concatenate([y, np.full(len(tidx), -1)]), np.concatenate([soft, tsoft])
         self.train_set = LabelledData(spaces, tasks, self.pool, idx, y, soft)
         self.val_set = None if vidx is None else LabelledData(spaces, tasks, self.pool, vidx, vy)
 
@@ -443,11 +471,13 @@ def train_model(pool,                      # a `Pool` (features per space, task 
                 y,                         # their labels: global label indices, or names like 'digit:3'
                 soft_targets=None,         # (len(idx), C) ensemble mean over the global label space; needed when lam < 1
                 *,
+                transfer_idx=None,         # unlabelled pool items distilled too (the transfer set): they carry the KL term only
+                transfer_targets=None,     # (len(transfer_idx), C) the ensemble mean on them
                 lam: float = 0.5,          # weight of cross-entropy; 1 - lam goes to the distillation term (1: plain CE)
                 temperature: float = 2.0,  # softening temperature T of teacher and student (the KL term is scaled by T²)
                 lr: float = 3e-3,          # AdamW learning rate
                 weight_decay: float = 1e-4,  # AdamW weight decay
-                max_epochs: int = 30,      # passes over the labelled items
+                max_epochs: int = 30,      # passes over the labelled (and transfer) items
                 batch_size: int = 64,      # items per batch (each batch holds one feature space)
                 hidden: int = 64,          # width of each space's encoder
                 shared: int = 64,          # width of the shared layer
@@ -461,15 +491,19 @@ def train_model(pool,                      # a `Pool` (features per space, task 
                 version=None,              # a tag kept in the config (the loop passes the round)
                 num_threads: int | None = 1,  # torch threads while training (None: leave torch's setting)
                ) -> Trained:
-    "Train the default multi-domain F on labelled pool items with λ·CE + (1-λ)·T²·KL(ensemble ‖ F)."
+    "Train the default multi-domain F on labelled pool items (and a transfer set) with λ·CE + (1-λ)·T²·KL(ensemble ‖ F)."
     lam = check_fraction(lam, 'lam')
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ParameterError(f"temperature must be a positive number; got {temperature!r}.")
     for v, n in ((max_epochs, 'max_epochs'), (batch_size, 'batch_size'), (hidden, 'hidden'), (shared, 'shared')): check_positive_int(v, n)
     if lam < 1 and soft_targets is None:
         raise ParameterError(f"lam={lam} mixes in the ensemble's soft targets, but soft_targets is None; pass them, or lam=1.0.")
+    if lam >= 1 and transfer_idx is not None and len(transfer_idx):
+        raise ParameterError("lam=1 is plain cross-entropy, which a transfer set (items without labels) cannot feed; "
+                             "use lam < 1 or drop transfer_idx.")
     dm = CurationDataModule(pool, idx, y, soft_targets if lam < 1 else None, val_idx=val_idx, val_y=val_y,
-                            val_fraction=val_fraction, batch_size=batch_size, seed=seed)
+                            val_fraction=val_fraction, transfer_idx=transfer_idx, transfer_targets=transfer_targets,
+                            batch_size=batch_size, seed=seed)
     dm.setup('fit')                                   # every input check runs here, before any training
     labels = list(pool.labels)
     cols = {t: c.tolist() for t, c in _task_columns(labels, pool.tasks).items()}
@@ -478,7 +512,8 @@ def train_model(pool,                      # a `Pool` (features per space, task 
     cfg = dict(format=FORMAT, version=version, labels=labels, spaces={s: int(np.asarray(pool.features[s]).shape[1]) for s in pool.features},
                tasks=cols, pairs=[list(p) for p in pairs], arch=dict(hidden=hidden, shared=shared, dropout=float(dropout)),
                hparams=dict(lam=lam, temperature=float(temperature), lr=lr, weight_decay=weight_decay, max_epochs=max_epochs,
-                            batch_size=batch_size, seed=seed, n_train=len(dm.train_set),
+                            batch_size=batch_size, seed=seed, n_train=int((dm.train_set.y >= 0).sum()),
+                            n_transfer=int((dm.train_set.y < 0).sum()),
                             n_val=0 if dm.val_set is None else len(dm.val_set)))
     with _own_random_state(), quiet_lightning(), _threads(num_threads):
         L.seed_everything(seed, workers=True, verbose=False)
