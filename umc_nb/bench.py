@@ -313,18 +313,24 @@ def load_results(path) -> dict:
 MERGE_KEYS = ('budget', 'rounds', 'fixture', 'epochs', 'embedder', 'pool', 'seed_labels', 'test', 'shifted_domains')
 
 def merge_results(results: Sequence[dict]) -> dict:
-    "One summary from several results of the same setup run on different seeds (e.g. in parallel); re-summarised."
+    "One summary from several results of the same setup: other seeds, or other strategies on the same seeds; re-summarised."
     results = list(results)
     if not results: raise ParameterError("nothing to merge.")
     o0 = results[0]['options']
     for r in results[1:]:
         diff = [k for k in MERGE_KEYS if r['options'].get(k) != o0.get(k)]
         if diff: raise ParameterError(f"cannot merge runs whose options differ in {diff}.")
-    seeds = [s for r in results for s in r['options']['seeds']]
-    if len(set(seeds)) != len(seeds): raise ParameterError(f"the runs share seeds {sorted(seeds)}; merge runs of distinct seeds.")
+    pairs = [(n, s) for r in results for n in r['options']['strategies'] for s in r['options']['seeds']]
+    twice = sorted({p for p in pairs if pairs.count(p) > 1})
+    if twice: raise ParameterError(f"the runs share (strategy, seed) pairs {twice[:3]}; merge runs of other seeds or other strategies.")
+    seeds = sorted({s for r in results for s in r['options']['seeds']})
+    names = list(dict.fromkeys(n for r in results for n in r['options']['strategies']))
+    have = {n: sorted(s for m, s in pairs if m == n) for n in names}
+    uneven = [n for n in names if have[n] != seeds]
+    if uneven: raise ParameterError(f"after merging, {uneven[:3]} would lack seeds of {seeds}: every strategy needs every seed "
+                                    "for the paired comparisons; run the missing ones.")
     curves = pd.concat([curves_frame(r) for r in results], ignore_index=True)
     ref = {int(k): v for r in results for k, v in (r.get('reference_per_seed') or {}).items()}
-    names = list(dict.fromkeys(n for r in results for n in r['options']['strategies']))
     options = {**o0, 'seeds': seeds, 'strategies': names,
                'wall_seconds': [r['options'].get('wall_seconds') for r in results]}
     return summarize(dict(curves=curves, reference=ref, options=options))
