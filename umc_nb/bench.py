@@ -22,7 +22,7 @@ __all__ = ['FORMAT', 'FORMAT_VERSION', 'UMC_VARIANTS', 'BASELINES', 'PEERS', 'AL
            'default_strategies', 'resolve_strategies', 'check_seeds', 'curator_kwargs', 'training_recipe',
            'start_point', 'full_data_point', 'run_curve', 'run_bench', 'label_savings', 'summarize', 'save_results',
            'load_results', 'merge_results', 'curves_frame', 'curve_chart', 'bench_charts', 'save_charts',
-           'bench_curves_args', 'format_summary', 'bench_curves_run']
+           'bench_curves_args', 'strategy_table', 'format_summary', 'targets_frame', 'bench_curves_run']
 
 # %% ../nbs/13_bench.ipynb #46ce6bc0
 FORMAT, FORMAT_VERSION = 'umc-bench-curves', 1
@@ -384,9 +384,9 @@ def save_charts(curves: pd.DataFrame, out_dir, scale: float = 1.5) -> list[Path]
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True); paths = []
     have = set(curves.strategy)
     for g, names in CHART_GROUPS.items():
-        if len(have & set(names)) < 2: continue
+        if len(have & set(names)) < 2 or (g == 'peers' and not have & set(PEERS)): continue
         p = out / f'bench_{g}.png'; bench_charts(curves, g).save(str(p), scale_factor=scale); paths.append(p)
-    names = [n for n in ['umc', 'umc-ce', 'random', 'entropy', 'coreset', 'score'] if n in have]
+    names = [n for n in ['umc', 'umc-ce', 'umc-labelled-kd', 'random', 'bald', 'coreset'] if n in have]
     if len(names) >= 2:
         import altair as alt
         p = out / 'bench_shifted.png'
@@ -416,18 +416,30 @@ def _int_opt(v, name):
     if not f.is_integer(): raise ParameterError(f"{name} must be a whole number; got {v!r}.")
     return check_positive_int(int(f), name)
 
+def strategy_table(res: dict, names=None) -> pd.DataFrame:
+    "One row per strategy (all, or `names` in that order): AULC and the final figures, means and spreads over seeds."
+    names = list(res['strategies']) if names is None else [n for n in names if n in res['strategies']]
+    nan = lambda x: float('nan') if x is None else x
+    rows = []
+    for n in names:
+        d = res['strategies'][n]
+        l95 = [x for x in d['labels_to_95'] if x is not None]
+        rows.append(dict(strategy=n, aulc=nan(d['aulc_mean']), aulc_std=nan(d['aulc_std']),
+                         accuracy=nan(d['final_accuracy']), accuracy_std=nan(d['final_accuracy_std']),
+                         worst=nan(d['final_worst_domain_accuracy']), ece=nan(d['final_ece']),
+                         shifted_accuracy=nan(d.get('final_shifted_accuracy')), shifted_ece=nan(d['final_shifted_ece']),
+                         coverage=nan(d['final_coverage']),
+                         labels_to_95=f"{len(l95)}/{len(d['labels_to_95'])} seeds" + (f", mean {np.mean(l95):.0f}" if l95 else '')))
+    return pd.DataFrame(rows)
+
 def format_summary(res: dict) -> str:
     "A plain-text table of a results object and its targets."
-    rows = []
-    for n, d in res['strategies'].items():
-        l95 = [x for x in d['labels_to_95'] if x is not None]
-        rows.append(dict(strategy=n, aulc=f"{d['aulc_mean']:.3f} ± {d['aulc_std'] or 0:.3f}",
-                         acc=f"{d['final_accuracy']:.3f} ± {d['final_accuracy_std'] or 0:.3f}",
-                         worst=f"{d['final_worst_domain_accuracy']:.3f}", ece=f"{d['final_ece']:.3f}",
-                         shifted_ece=f"{d['final_shifted_ece'] if d['final_shifted_ece'] is not None else float('nan'):.3f}",
-                         coverage=f"{d['final_coverage']:.3f}",
-                         labels_to_95=f"{len(l95)}/{len(d['labels_to_95'])} seeds" + (f", mean {np.mean(l95):.0f}" if l95 else '')))
-    t = pd.DataFrame(rows).sort_values('aulc', ascending=False).to_string(index=False)
+    tab = strategy_table(res).sort_values('aulc', ascending=False)
+    t = pd.DataFrame(dict(strategy=tab.strategy, aulc=[f"{a:.3f} ± {s:.3f}" for a, s in zip(tab.aulc, tab.aulc_std.fillna(0))],
+                          acc=[f"{a:.3f} ± {s:.3f}" for a, s in zip(tab.accuracy, tab.accuracy_std.fillna(0))],
+                          worst=tab.worst.map('{:.3f}'.format), ece=tab.ece.map('{:.3f}'.format),
+                          shifted_ece=tab.shifted_ece.map('{:.3f}'.format), coverage=tab.coverage.map('{:.3f}'.format),
+                          labels_to_95=tab.labels_to_95)).to_string(index=False)
     o = res['options']
     lines = [f"{len(o['seeds'])} seeds, {o['rounds']} rounds x {o['budget']} labels, {'fixture' if o['fixture'] else 'full'} "
              f"benchmark; full-data reference accuracy {res['reference_accuracy']:.3f}", t]
@@ -446,6 +458,21 @@ def format_summary(res: dict) -> str:
             lines.append(f"coverage gain vs {b} (target 15%): {fmt(v['mean'])} ± {(v['std'] or 0):.1%}, "
                          f"paired t p = {v['p_t'] if v['p_t'] is not None else float('nan'):.3g}")
     return '\n'.join(lines)
+
+def targets_frame(res: dict) -> pd.DataFrame:
+    "The proposal's targets as a table: one row per (target, compared strategy) with mean, spread, p-value and seeds reached."
+    tg, rows = res.get('targets', {}), []
+    for b, v in tg.get('fewer_labels', {}).get('per_baseline', {}).items():
+        rows.append(dict(target='fewer labels for the same accuracy', goal='30-50%', versus=b, mean=v['mean'], std=v['std'],
+                         p=None, reached=f"{v['reached']}/{v['seeds']}"))
+    for key, name in (('shifted_ece', 'ECE reduction on shifted data'), ('overall_ece', 'ECE reduction overall (context)')):
+        if key in tg:
+            v = tg[key]
+            rows.append(dict(target=name, goal='20%' if key == 'shifted_ece' else '', versus='umc-ce', mean=v['mean'],
+                             std=v['std'], p=v['p_t'], reached=''))
+    for b, v in tg.get('coverage', {}).get('per_baseline', {}).items():
+        rows.append(dict(target='coverage entropy gain', goal='15%', versus=b, mean=v['mean'], std=v['std'], p=v['p_t'], reached=''))
+    return pd.DataFrame(rows, columns=['target', 'goal', 'versus', 'mean', 'std', 'p', 'reached'])
 
 def bench_curves_run(args) -> int:
     "Run `umc bench curves`."
