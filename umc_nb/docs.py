@@ -545,7 +545,7 @@ pre { overflow:auto; padding:.7rem .9rem; border-radius:4px; margin:0 0 .6rem; l
 .cell { margin-bottom:1.1rem; } .cell-output { margin-top:.3rem; }
 pre.cell-output, .cell-output > pre { background:#fff; border:1px solid #eceff1; }
 pre.cell-output-stderr { background:#fff8f0; border:1px solid #f3e2c7; color:#7a5b1e; font-size:.85em; }
-.cell-output-display { overflow-x:auto; margin:.4rem 0; } .cell-output-display img { max-width:100%; }
+.cell-output-display { overflow-x:auto; margin:.4rem 0; } .cell-output-display img, .content img { max-width:100%; height:auto; }
 table { border-collapse:collapse; margin:.6rem 0; font-size:.9rem; }
 th, td { border-bottom:1px solid var(--border); padding:.3rem .6rem; text-align:left; vertical-align:top; }
 thead th { border-bottom:2px solid #adb5bd; }
