@@ -153,7 +153,7 @@ def drive(page, who: str) -> tuple[dict, dict, list]:
     del labels[last]
     before = current_id(page); page.keyboard.press('s'); wait_new_card(page, before)      # skip it
     before = current_id(page); page.keyboard.press('n'); wait_new_card(page, before)
-    page.keyboard.press('p'); wait_new_card(page, current_id(page))
+    before = current_id(page); page.keyboard.press('p'); wait_new_card(page, before)        # back (read the card first: no race)
     return labels, {'label': N_CLICKS + N_KEYS, 'undo': 1, 'skip': 1}, ms
 
 def check_store(path, labels, counts, who):

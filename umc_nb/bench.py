@@ -21,8 +21,8 @@ __all__ = ['FORMAT', 'FORMAT_VERSION', 'UMC_VARIANTS', 'BASELINES', 'PEERS', 'AL
            'MERGE_KEYS', 'CHART_GROUPS', 'METRIC_TITLES', 'ResultsVersionError', 'peers_installed',
            'default_strategies', 'resolve_strategies', 'check_seeds', 'curator_kwargs', 'training_recipe',
            'start_point', 'full_data_point', 'run_curve', 'run_bench', 'label_savings', 'summarize', 'save_results',
-           'load_results', 'merge_results', 'curves_frame', 'curve_chart', 'bench_charts', 'save_charts',
-           'bench_curves_args', 'strategy_table', 'format_summary', 'targets_frame', 'bench_curves_run']
+           'load_results', 'select_strategies', 'merge_results', 'curves_frame', 'curve_chart', 'bench_charts',
+           'save_charts', 'bench_curves_args', 'strategy_table', 'format_summary', 'targets_frame', 'bench_curves_run']
 
 # %% ../nbs/13_bench.ipynb #46ce6bc0
 FORMAT, FORMAT_VERSION = 'umc-bench-curves', 1
@@ -37,6 +37,7 @@ UMC_VARIANTS = {
     'umc-beta1': dict(beta=1.0),                   # reward = error only: no novelty term
     'umc-beta0': dict(beta=0.0),                   # reward = novelty only
     'umc-uniform': dict(allocator='uniform'),      # no bandit
+    'umc-tau-both': dict(router={'rule': 'both'}),              # the first threshold rule: 10% of the pool at least
     'umc-explore-off': dict(router={'explore': 'off'}),        # no typicality arms (the cold-start fallback)
     'umc-explore-always': dict(router={'explore': 'always'}),  # a typicality arm in every feature space
     'umc-ce': dict(train={'lam': 1.0}),            # no distillation: plain cross-entropy retraining
@@ -312,6 +313,14 @@ def load_results(path) -> dict:
 
 MERGE_KEYS = ('budget', 'rounds', 'fixture', 'epochs', 'embedder', 'pool', 'seed_labels', 'test', 'shifted_domains')
 
+def select_strategies(results: dict, names) -> dict | None:
+    "The part of a results object that concerns strategies `names` (those it has), re-summarised; None if it has none."
+    names = [n for n in results['options']['strategies'] if n in set(names)]
+    if not names: return None
+    c = curves_frame(results)[lambda d: d.strategy.isin(names)]
+    return summarize(dict(curves=c, reference={int(k): v for k, v in (results.get('reference_per_seed') or {}).items()},
+                          options={**results['options'], 'strategies': names, 'seeds': sorted(c.seed.unique().tolist())}))
+
 def merge_results(results: Sequence[dict]) -> dict:
     "One summary from several results of the same setup: other seeds, or other strategies on the same seeds; re-summarised."
     results = list(results)
@@ -344,7 +353,7 @@ def curves_frame(results: dict) -> pd.DataFrame:
 CHART_GROUPS = {
     'baselines': ['umc', 'random', 'least-confident', 'margin', 'entropy', 'bald', 'coreset', 'typiclust', 'badge'],
     'ablations': ['umc', 'umc-alpha1', 'umc-alpha0', 'umc-beta1', 'umc-beta0', 'umc-uniform', 'score',
-                  'umc-explore-off', 'umc-explore-always', 'umc-ce', 'umc-labelled-kd'],
+                  'umc-tau-both', 'umc-explore-off', 'umc-explore-always', 'umc-ce', 'umc-labelled-kd'],
     'peers': ['least-confident', 'skactiveml-least-confident', 'modal-uncertainty', 'margin', 'modal-margin', 'entropy',
               'modal-entropy', 'coreset', 'skactiveml-coreset', 'typiclust', 'skactiveml-typiclust'],
 }
@@ -407,7 +416,7 @@ def bench_curves_args(p):
     p.add_argument('--full', action='store_true', help='the full built-in benchmark (prepare it with `umc data`) instead of the fixture')
     p.add_argument('--out', default=None, help='write the results JSON to this file')
     p.add_argument('--charts', default=None, help='write PNG charts into this folder')
-    p.add_argument('--read', default=None, help='summarise an existing results file instead of running (comma-separated files: merge runs of distinct seeds)')
+    p.add_argument('--read', default=None, help='summarise existing results files instead of running (comma-separated: merged; with --strategies, only those)')
     p.add_argument('--json', action='store_true', help='print one JSON object on stdout (progress goes to stderr)')
 
 def _int_opt(v, name):
@@ -478,7 +487,13 @@ def bench_curves_run(args) -> int:
     "Run `umc bench curves`."
     if args.read:
         files = [f for f in args.read.split(',') if f.strip()]
-        res = load_results(files[0]) if len(files) == 1 else merge_results([load_results(f) for f in files])
+        parts = [load_results(f) for f in files]
+        if args.strategies:         # keep only these strategies of each file (e.g. to replace a variant by a rerun)
+            names = [n.strip() for n in args.strategies.split(',') if n.strip()]
+            missing = [n for n in names if not any(n in r['options']['strategies'] for r in parts)]
+            if missing: raise UnknownNameError(f"no file in --read has strateg{'y' if len(missing) == 1 else 'ies'} {missing}.")
+            parts = [q for q in (select_strategies(r, names) for r in parts) if q is not None]
+        res = parts[0] if len(parts) == 1 else merge_results(parts)
         if args.out: save_results(res, args.out); print(f"results: {args.out}", file=sys.stderr)
     else:
         seeds = check_seeds(args.seed_list) if args.seed_list else check_seeds(_int_opt(args.seeds, '--seeds'))

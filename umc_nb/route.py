@@ -371,7 +371,7 @@ class Router:
     def __init__(self,
                  embedder='umap',  # registry name ('umap', 'pca') or an `Embedder` object
                  clusterer='kmeans',  # registry name ('kmeans', 'hdbscan') or a `Clusterer` object
-                 rule: str = 'both', q: float = 0.9, factor: float = 3.0,  # the threshold (see `dynamic_threshold`)
+                 rule: str = 'budget', q: float = 0.9, factor: float = 3.0,  # the threshold (see `dynamic_threshold`)
                  tau: float | None = None,  # a fixed threshold instead of a rule
                  k=None,  # clusters per space: None (the k rule), an int, or a dict space -> int
                  k_max: int = 8,  # cap of the k rule
