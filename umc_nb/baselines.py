@@ -15,9 +15,10 @@ from .core import UMCError, BudgetError, ParameterError, UnknownNameError, Regis
 # %% auto #0
 __all__ = ['strategies', 'LeastConfidentSampling', 'MarginSampling', 'EntropySampling', 'BALDSampling', 'ScoreSampling',
            'PEER_STRATEGIES', 'PeerMissingError', 'Strategy', 'get_strategy', 'make_context', 'mean_probs', 'top_k',
-           'split_budget', 'per_space', 'space_features', 'RandomSampling', 'ColumnStrategy', 'k_center_greedy',
-           'CoresetSampling', 'typicality', 'typiclust_select', 'TypiClustSampling', 'gradient_embedding', 'kmeans_pp',
-           'BadgeSampling', 'LookupProba', 'ModalSampling', 'SkactivemlUncertainty', 'SkactivemlSpaceStrategy']
+           'split_budget', 'per_space', 'standardise', 'space_features', 'RandomSampling', 'ColumnStrategy',
+           'k_center_greedy', 'CoresetSampling', 'typicality', 'typiclust_select', 'TypiClustSampling',
+           'gradient_embedding', 'kmeans_pp', 'BadgeSampling', 'LookupProba', 'ModalSampling', 'SkactivemlUncertainty',
+           'SkactivemlSpaceStrategy']
 
 # %% ../nbs/12_baselines.ipynb #ba8cba1e
 strategies = Registry('query strategy')
@@ -107,11 +108,15 @@ def per_space(ctx, free: np.ndarray, k: int, pick) -> np.ndarray:
         out.append(rows[got])                                    # pick returns positions within `rows`
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-def space_features(ctx, space: str, rows: np.ndarray) -> np.ndarray:
-    "Standardised features (z-scores over the space's samples) of pool indices `rows`, all in `space`."
-    X = np.asarray(ctx.pool.X(space, rows), np.float64)
+def standardise(X) -> np.ndarray:
+    "Column z-scores of X (float64); a constant column stays 0."
+    X = np.asarray(X, np.float64)
     sd = X.std(0); sd[sd == 0] = 1
     return (X - X.mean(0)) / sd
+
+def space_features(ctx, space: str, rows: np.ndarray) -> np.ndarray:
+    "Standardised features (z-scores over the space's samples) of pool indices `rows`, all in `space`."
+    return standardise(ctx.pool.X(space, rows))
 
 # %% ../nbs/12_baselines.ipynb #2cbbeddd
 @strategies.register('random')

@@ -394,14 +394,12 @@ class Router:
 
     def _explore(self, pool, space, free, lab, k, seed) -> np.ndarray:
         "Up to `k` unlabelled pool indices of `space` (from `free`), most typical of the regions no label covers first (TypiClust)."
-        from umc_nb.baselines import typiclust_select
+        from umc_nb.baselines import typiclust_select, standardise
         rng = np.random.default_rng(seed + 2)
         if len(free) > self.sample_size: free = np.sort(rng.choice(free, self.sample_size, replace=False))
         if len(lab) > self.max_reference: lab = np.sort(rng.choice(lab, self.max_reference, replace=False))
         rows = np.concatenate([lab, free])
-        X = np.asarray(pool.X(space, rows), np.float64)
-        sd = X.std(0); sd[sd == 0] = 1
-        X = (X - X.mean(0)) / sd
+        X = standardise(pool.X(space, rows))
         if X.shape[1] > 32 and len(X) > 32:
             from sklearn.decomposition import PCA
             X = PCA(32, random_state=seed).fit_transform(X)

@@ -80,8 +80,7 @@ def check_labelled(pool, idx, y, soft_targets=None, *, min_classes: int = 2):
     if len(np.unique(y)) < min_classes:
         raise SingleClassError(f"all {len(y)} labels are {labels[y[0]]!r}: a model trained on one class learns a constant. "
                                "Label at least one item of another class before retraining (the loop keeps the previous model).")
-    if soft_targets is None: return idx.astype(np.int64), y, None
-    return idx.astype(np.int64), y, check_soft_targets(pool, idx, soft_targets)
+    return idx, y, None if soft_targets is None else check_soft_targets(pool, idx, soft_targets)
 
 def check_pool_indices(pool, idx, name: str = 'idx') -> np.ndarray:
     "`idx` as distinct int64 pool indices (a named error otherwise)."
